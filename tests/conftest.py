@@ -73,3 +73,44 @@ def teacher_ckpt(tmp_path_factory) -> Path:
 def kd_overrides(teacher_ckpt: Path, *extra: str) -> list[str]:
     """Overrides for a tiny digits KD run from `teacher_ckpt`."""
     return ["experiment=digits_kd", f"teacher.checkpoint={teacher_ckpt}", "report.baseline_checkpoint=null", *extra]
+
+
+def write_fake_cifar(root: Path, num_classes: int = 100, n_train: int = 64, n_test: int = 32, seed: int = 0) -> Path:
+    """Small random data in CIFAR's real on-disk format (the python pickles torchvision reads)."""
+    import pickle
+
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    folder = root / ("cifar-100-python" if num_classes == 100 else "cifar-10-batches-py")
+    folder.mkdir(parents=True, exist_ok=True)
+    label_key = "fine_labels" if num_classes == 100 else "labels"
+
+    def batch(n: int) -> dict:
+        return {"data": rng.integers(0, 256, size=(n, 3072), dtype=np.uint8),
+                label_key: [int(i % num_classes) for i in range(n)],
+                "filenames": [f"img_{i}.png" for i in range(n)]}
+
+    if num_classes == 100:
+        files = {"train": batch(n_train), "test": batch(n_test),
+                 "meta": {"fine_label_names": [f"class_{i}" for i in range(100)]}}
+    else:
+        per = n_train // 5
+        files = {f"data_batch_{i}": batch(per) for i in range(1, 6)}
+        files["test_batch"] = batch(n_test)
+        files["batches.meta"] = {"label_names": [f"class_{i}" for i in range(10)]}
+    for name, content in files.items():
+        with open(folder / name, "wb") as fh:
+            pickle.dump(content, fh)
+    return root
+
+
+@pytest.fixture(scope="session")
+def fake_cifar100(tmp_path_factory) -> Path:
+    return write_fake_cifar(tmp_path_factory.mktemp("cifar100"), 100)
+
+
+def cifar_overrides(data_dir: Path, *extra: str) -> list[str]:
+    """A CIFAR-100-shaped (32x32x3, 100 classes) run on the fake files; no download."""
+    return ["data=cifar100", f"data.data_dir={data_dir}", "data.verify_checksums=false", "data.num_workers=0",
+            "data.pin_memory=false", *extra]

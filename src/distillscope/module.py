@@ -111,11 +111,12 @@ class DistillationModule(L.LightningModule):
         )
 
     @torch.no_grad()
-    def prepare(self, batch: tuple[Tensor, Tensor, Tensor]) -> DistillOutputs:
+    def prepare(self, batch: tuple[Tensor, Tensor, Tensor], num_train_samples: int | None = None) -> DistillOutputs:
         """Dry forward on real data before training: lets terms build shape-dependent adapters."""
         was_training = self.student.training
         self.student.eval()  # keep batch-norm statistics untouched by the dry run
         outputs = self.compute_outputs(batch)
+        outputs.num_train_samples = num_train_samples
         for term in self.losses.values():
             term.setup(outputs)
         self.student.train(was_training)

@@ -104,7 +104,8 @@ def build_module(cfg: DictConfig, datamodule) -> DistillationModule:
         teacher_config=OmegaConf.to_container(cfg.teacher, resolve=True) if cfg.get("teacher") else None,
     )
     try:
-        outputs = module.prepare(datamodule.sample_batch())
+        datamodule.setup("fit")
+        outputs = module.prepare(datamodule.sample_batch(), num_train_samples=len(datamodule.train_set))
     except RuntimeError as exc:
         raise ConfigError("data.in_chans", f"a forward pass on one data batch failed ({str(exc).splitlines()[0]})", "make data.in_chans and the models' input channels agree") from exc
     check_output_classes(outputs.student_logits.shape[1], num_classes, "student")

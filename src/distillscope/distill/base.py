@@ -28,6 +28,7 @@ class DistillOutputs:
     student: nn.Module | None = None
     teacher: nn.Module | None = None
     epoch: int = 0
+    num_train_samples: int | None = None  # size of the training set (memory banks keyed by index)
 
 
 class DistillLoss(nn.Module):
