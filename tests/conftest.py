@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+import distillscope  # noqa: F401  (registers the config resolvers)
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 

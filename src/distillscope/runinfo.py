@@ -22,6 +22,14 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def stamp() -> str:
+    """A file-name-safe timestamp, fixed for the life of the process (one name per resumed run)."""
+    return _STAMP
+
+
+_STAMP = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+
+
 def git_state(cwd: Path) -> dict:
     def git(*args: str) -> str | None:
         try:
