@@ -1,0 +1,1 @@
+"""Interpretability: attributions, map similarity, faithfulness, dark knowledge, interpretable students, figures."""
