@@ -3,8 +3,8 @@
 import pytest
 
 from conftest import ROOT, compose_cfg, kd_overrides, run_cli
-from distillscope.errors import ConfigError
-from distillscope.train import find_config_error, train
+from distillscope.errors import ConfigError, find_config_error
+from distillscope.train import train
 
 
 def config_error(tmp_path, *overrides) -> ConfigError:

@@ -20,9 +20,9 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, open_dict
 
-from distillscope.errors import ConfigError
+from distillscope.errors import ConfigError, config_errors_as_one_line
 from distillscope.models.factory import read_checkpoint
-from distillscope.train import find_config_error, train
+from distillscope.train import train
 
 log = logging.getLogger(__name__)
 
@@ -83,14 +83,8 @@ def run_generations(cfg: DictConfig) -> list[dict[str, float]]:
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    try:
+    with config_errors_as_one_line():
         results = run_generations(cfg)
-    except Exception as exc:  # noqa: BLE001 - only our own config errors are turned into one line
-        config_error = find_config_error(exc)
-        if config_error is None:
-            raise
-        print(f"distillscope: error: {config_error}", file=sys.stderr, flush=True)
-        sys.exit(2)
     return results[-1].get(cfg.optimized_metric)
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import sys
 from pathlib import Path
 
 import hydra
@@ -21,7 +20,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
-from distillscope.errors import ConfigError
+from distillscope.errors import ConfigError, config_errors_as_one_line
 from distillscope.interpret import plots
 from distillscope.interpret.attributions import METHODS, attribute, find_gradcam_layer, supports_gradcam
 from distillscope.interpret.dark_knowledge import class_similarity, off_diagonal_correlation
@@ -396,16 +395,8 @@ def run(cfg: DictConfig) -> dict:
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="explain")
 def main(cfg: DictConfig) -> None:
-    try:
+    with config_errors_as_one_line():
         summary = run(cfg)
-    except Exception as exc:  # noqa: BLE001 - only our own config errors become one line
-        from distillscope.train import find_config_error
-
-        config_error = find_config_error(exc)
-        if config_error is None:
-            raise
-        print(f"distillscope: error: {config_error}", file=sys.stderr, flush=True)
-        sys.exit(2)
     print(report_section(summary), flush=True)
 
 

@@ -9,7 +9,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 from torchmetrics import KLDivergence, MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError, MulticlassF1Score
+from torchmetrics.utilities import dim_zero_cat
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassCalibrationError,
+    MulticlassConfusionMatrix,
+    MulticlassF1Score,
+    MulticlassPrecision,
+    MulticlassRecall,
+)
 
 ECE_BINS = 15
 
@@ -56,3 +64,62 @@ class FidelityMetrics(nn.Module):
             objs[f"{self.stage}/agreement"] = self.agreement
             objs[f"{self.stage}/kl"] = self.kl
         return objs
+
+
+class DetailMetrics(nn.Module):
+    """What the report draws for one model: confusion matrix, per-class table, reliability diagram bins."""
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        self.num_classes = num_classes
+        self.confusion = MulticlassConfusionMatrix(num_classes)
+        self.per_class = MetricCollection(
+            {
+                "precision": MulticlassPrecision(num_classes, average=None),
+                "recall": MulticlassRecall(num_classes, average=None),
+                "f1": MulticlassF1Score(num_classes, average=None),
+            }
+        )
+        # The ECE metric keeps every prediction's confidence and correctness: the reliability bins come from it.
+        self.calibration = MulticlassCalibrationError(num_classes, n_bins=ECE_BINS, norm="l1")
+
+    def update(self, logits: Tensor, targets: Tensor) -> None:
+        logits = logits.float()
+        self.confusion.update(logits, targets)
+        self.per_class.update(logits, targets)
+        self.calibration.update(logits, targets)
+
+    def compute(self) -> dict:
+        confusion = self.confusion.compute()
+        per_class = {k: v.tolist() for k, v in self.per_class.compute().items()}
+        per_class["support"] = confusion.sum(1).tolist()  # true-class counts, as scikit-learn reports
+        return {
+            "confusion_matrix": confusion.tolist(),
+            "per_class": per_class,
+            "ece": float(self.calibration.compute()),
+            "reliability": reliability_bins(
+                dim_zero_cat(self.calibration.confidences), dim_zero_cat(self.calibration.accuracies), ECE_BINS
+            ),
+        }
+
+
+def reliability_bins(confidences: Tensor, correct: Tensor, n_bins: int = ECE_BINS) -> dict[str, list[float]]:
+    """Per equal-width confidence bin: mean confidence, accuracy and share of samples (empty bins: NaN)."""
+    edges = torch.linspace(0, 1, n_bins + 1, device=confidences.device)
+    # Same bin convention as torchmetrics' ECE: bin i holds confidences in (edges[i], edges[i+1]].
+    index = (torch.bucketize(confidences, edges[1:-1], right=False)).clamp(0, n_bins - 1)
+    count = torch.bincount(index, minlength=n_bins).float()
+    conf = torch.zeros(n_bins, device=confidences.device).index_add_(0, index, confidences.float()) / count
+    acc = torch.zeros(n_bins, device=confidences.device).index_add_(0, index, correct.float()) / count
+    return {"edges": edges.tolist(), "confidence": conf.tolist(), "accuracy": acc.tolist(),
+            "share": (count / count.sum()).tolist()}
+
+
+def classification_report(per_class: dict[str, list[float]], class_names: list[str] | None = None) -> str:
+    """scikit-learn-style per-class precision/recall/F1/support table, as markdown."""
+    names = class_names or [str(i) for i in range(len(per_class["support"]))]
+    lines = ["| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+    for i, name in enumerate(names):
+        lines.append(f"| {name} | {per_class['precision'][i]:.3f} | {per_class['recall'][i]:.3f} | "
+                     f"{per_class['f1'][i]:.3f} | {int(per_class['support'][i])} |")
+    return "\n".join(lines)

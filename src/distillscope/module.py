@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable, Mapping
 
 import lightning as L
@@ -13,6 +14,9 @@ from distillscope.metrics import FidelityMetrics
 from distillscope.models.taps import FeatureTaps
 
 TEACHER_PREFIX = "teacher."
+
+# The frozen teacher is in eval mode on purpose; Lightning warns about every such module otherwise.
+warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
 
 
 def freeze(model: nn.Module) -> nn.Module:
@@ -41,12 +45,17 @@ class DistillationModule(L.LightningModule):
         monitor: str = "val/acc",
         student_config: dict | None = None,
         teacher_config: dict | None = None,
+        channels_last: bool = False,
+        compile_student: bool = False,
     ):
         super().__init__()
         # The model configs go into every checkpoint so it can be rebuilt without the run's config.
         self.save_hyperparameters(ignore=["student", "teacher", "losses", "optimizer", "scheduler"])
-        self.student = student
-        self.teacher = freeze(teacher) if teacher is not None else None
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.student = student.to(memory_format=self.memory_format)
+        self.teacher = freeze(teacher.to(memory_format=self.memory_format)) if teacher is not None else None
+        # Set by distillscope.cache.setup_teacher_cache: training steps then read the teacher's outputs from it.
+        self.teacher_cache = None
         self.losses = nn.ModuleDict(dict(losses))
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -54,14 +63,15 @@ class DistillationModule(L.LightningModule):
         self.val_metrics = FidelityMetrics(num_classes, "val", with_teacher)
         self.test_metrics = FidelityMetrics(num_classes, "test", with_teacher)
 
-        student_taps = sorted({str(t) for term in self.losses.values() for t in term.student_taps})
-        teacher_taps = sorted({str(t) for term in self.losses.values() for t in term.teacher_taps})
-        self.student_taps = FeatureTaps(student, student_taps, "student_taps") if student_taps else None
+        # tap -> config key of the term asking for it, so a bad path names e.g. distill.fitnet.student_taps
+        student_taps = {str(t): f"distill.{n}.student_taps" for n, term in self.losses.items() for t in term.student_taps}
+        teacher_taps = {str(t): f"distill.{n}.teacher_taps" for n, term in self.losses.items() for t in term.teacher_taps}
+        self.student_taps = FeatureTaps(student, student_taps) if student_taps else None
         self.teacher_taps = None
         if teacher_taps:
             if teacher is None:
                 raise ValueError("a loss term taps teacher features but no teacher is configured")
-            self.teacher_taps = FeatureTaps(teacher, teacher_taps, "teacher_taps")
+            self.teacher_taps = FeatureTaps(teacher, teacher_taps)
 
     # -- teacher stays frozen -------------------------------------------------------------------
     def train(self, mode: bool = True) -> "DistillationModule":
@@ -89,13 +99,19 @@ class DistillationModule(L.LightningModule):
     def teacher_forward(self, x: Tensor) -> tuple[Tensor | None, dict[str, Tensor]]:
         if self.teacher is None:
             return None, {}
-        with torch.no_grad():
+        with torch.inference_mode():  # no autograd bookkeeping at all for the frozen teacher
             logits = self.teacher(x)
-        return logits, (self.teacher_taps.pop() if self.teacher_taps else {})
+            feats = self.teacher_taps.pop() if self.teacher_taps else {}
+        # Inference tensors cannot be saved for backward, and loss terms save their targets: plain copies.
+        return logits.clone(), {name: f.clone() for name, f in feats.items()}
 
-    def compute_outputs(self, batch: tuple[Tensor, Tensor, Tensor]) -> DistillOutputs:
+    def compute_outputs(self, batch: tuple[Tensor, Tensor, Tensor], cached_teacher: bool = False) -> DistillOutputs:
         x, y, index = batch
-        teacher_logits, teacher_feats = self.teacher_forward(x)
+        x = x.contiguous(memory_format=self.memory_format)
+        if cached_teacher and self.teacher_cache is not None:
+            teacher_logits, teacher_feats = self.teacher_cache.lookup(index, self.current_epoch)
+        else:
+            teacher_logits, teacher_feats = self.teacher_forward(x)
         student_logits = self.student(x)
         return DistillOutputs(
             student_logits=student_logits,
@@ -135,8 +151,13 @@ class DistillationModule(L.LightningModule):
         self.log(f"{stage}/loss", total, on_step=False, on_epoch=True, prog_bar=stage == "train", sync_dist=True)
         return total
 
+    def configure_model(self) -> None:
+        # Compiled at fit start, after the eager dry run in prepare(); in place, so state-dict keys are unchanged.
+        if self.hparams.compile_student and self.student._compiled_call_impl is None:
+            self.student.compile()
+
     def training_step(self, batch, batch_idx: int) -> Tensor:
-        return self.total_loss(self.compute_outputs(batch), "train")
+        return self.total_loss(self.compute_outputs(batch, cached_teacher=True), "train")
 
     def _eval_step(self, batch, metrics: FidelityMetrics) -> None:
         outputs = self.compute_outputs(batch)

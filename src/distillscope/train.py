@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -19,50 +20,38 @@ import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
+from torch.nn.parallel import DistributedDataParallel
 
+from distillscope.cache import enable_batch_augmentation, setup_teacher_cache
 from distillscope.distill.base import DistillLoss
-from distillscope.errors import ConfigError
+from distillscope.errors import ConfigError, config_errors_as_one_line
+from distillscope.explain import check_settings, explain_after_training
 from distillscope.models import load_model_from_checkpoint
-from distillscope.module import DistillationModule
+from distillscope.module import TEACHER_PREFIX, DistillationModule
 from distillscope.report import evaluate, log_report, model_cost, student_row, teacher_row, write_report
 from distillscope.runinfo import finish_run_record, write_run_record
+from distillscope.runinfo import stamp as runinfo_stamp
 from distillscope.validation import check_config, check_output_classes
 
 log = logging.getLogger(__name__)
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
-def wandb_offline() -> bool:
-    """Offline unless the user is logged in to W&B or asked for online mode explicitly."""
-    mode = os.environ.get("WANDB_MODE", "").lower()
-    if mode in ("online", "run"):
-        return False
-    if mode:
-        return True
-    if os.environ.get("WANDB_API_KEY"):
-        return False
-    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
-    return not (netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore"))
-
-
-OmegaConf.register_new_resolver("wandb_offline", wandb_offline, replace=True)
-
-
-def find_config_error(exc: BaseException | None) -> ConfigError | None:
-    """Hydra's instantiate wraps errors raised in constructors; dig out ours."""
-    while exc is not None:
-        if isinstance(exc, ConfigError):
-            return exc
-        exc = exc.__cause__ or exc.__context__
-    return None
-
-
 def build_losses(cfg: DictConfig) -> dict[str, DistillLoss]:
     return {name: instantiate(term) for name, term in cfg.distill.items() if term is not None}
 
 
-def build_loggers(cfg: DictConfig) -> list:
-    return [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg is not None]
+def build_loggers(cfg: DictConfig, resuming: bool) -> list:
+    loggers = []
+    for node in (cfg.get("logger") or {}).values():
+        if node is None:
+            continue
+        if resuming and node.get("_target_", "").endswith("CSVLogger"):
+            # CSVLogger deletes an existing metrics.csv; a resumed run writes beside it instead.
+            loggers.append(instantiate(node, version=f"resumed_{runinfo_stamp()}"))
+        else:
+            loggers.append(instantiate(node))
+    return loggers
 
 
 def build_callbacks(cfg: DictConfig, has_logger: bool) -> list:
@@ -86,13 +75,16 @@ def build_module(cfg: DictConfig, datamodule) -> DistillationModule:
     student = instantiate(cfg.student)
     teacher = instantiate(cfg.teacher) if cfg.get("teacher") else None
     losses = build_losses(cfg)
+    # `module:` picks the LightningModule class (DistillationModule, or e.g. distillscope.mutual.MutualModule).
+    module_factory = instantiate(cfg.module, _partial_=True) if cfg.get("module") else DistillationModule
+    peers_as_teachers = getattr(getattr(module_factory, "func", module_factory), "peers_as_teachers", False)
     needy = [name for name, term in losses.items() if term.needs_teacher]
-    if needy and teacher is None:
+    if needy and teacher is None and not peers_as_teachers:
         raise ConfigError(
             f"distill.{needy[0]}", "needs a teacher but none is configured",
             "set teacher=checkpoint teacher.checkpoint=<file> (or teacher=timm teacher.name=<model>), or distill=none",
         )
-    module = DistillationModule(
+    module = module_factory(
         student=student,
         losses=losses,
         num_classes=num_classes,
@@ -102,6 +94,8 @@ def build_module(cfg: DictConfig, datamodule) -> DistillationModule:
         monitor=cfg.optimized_metric,
         student_config=OmegaConf.to_container(cfg.student, resolve=True),
         teacher_config=OmegaConf.to_container(cfg.teacher, resolve=True) if cfg.get("teacher") else None,
+        channels_last=bool(cfg.speed.channels_last),
+        compile_student=bool(cfg.speed.compile),
     )
     try:
         datamodule.setup("fit")
@@ -112,6 +106,22 @@ def build_module(cfg: DictConfig, datamodule) -> DistillationModule:
     if teacher is not None:
         check_output_classes(outputs.teacher_logits.shape[1], num_classes, "teacher")
     return module
+
+
+def keep_teacher_out_of_ddp(module: DistillationModule) -> None:
+    """DDP wraps the whole LightningModule; leave the frozen teacher's weights and buffers out of its
+    initial broadcast and per-step buffer sync (they never change, and can be large). Only the student and
+    adapters are synchronised; the teacher has no gradients to all-reduce in any case."""
+    if module.teacher is not None:
+        names = [TEACHER_PREFIX + name for name in module.teacher.state_dict()]
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, names)
+
+
+def leave_process_group() -> None:
+    """Work across ranks ends with testing. What follows (report, explanations) is rank 0 alone, on whole
+    splits; there torchmetrics must not try to sync with ranks that have already exited."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def build_report(cfg: DictConfig, module: DistillationModule, datamodule, test_metrics: dict, run_dir: Path, loggers: list) -> str:
@@ -140,16 +150,21 @@ def build_report(cfg: DictConfig, module: DistillationModule, datamodule, test_m
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, test, report. Returns the final metrics (best optimized_metric included)."""
     check_config(cfg)
+    if cfg.explain.enabled:
+        check_settings(cfg.explain)
     L.seed_everything(cfg.seed, workers=True)
     run_dir = Path(cfg.paths.output_dir)
     datamodule = instantiate(cfg.data)
+    enable_batch_augmentation(cfg, datamodule)  # before setup(): it takes crop/flip out of the per-sample transforms
     module = build_module(cfg, datamodule)
-    loggers = build_loggers(cfg)
+    keep_teacher_out_of_ddp(module)
+    setup_teacher_cache(cfg, module, datamodule)
+    ckpt_path = resolve_ckpt_path(cfg, run_dir)
+    loggers = build_loggers(cfg, resuming=ckpt_path is not None)
     callbacks = build_callbacks(cfg, has_logger=bool(loggers))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    ckpt_path = resolve_ckpt_path(cfg, run_dir)
 
-    record = run_dir / "run.json"
+    record = run_dir / ("run.json" if ckpt_path is None else f"run_resumed_{runinfo_stamp()}.json")
     if trainer.is_global_zero:
         write_run_record(record, cfg, PROJECT_ROOT)
     for lg in loggers:
@@ -170,9 +185,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if cfg.test_after_fit:
             results = trainer.test(module, datamodule=datamodule, ckpt_path=best_path or None, verbose=False)
             metrics.update({k: float(v) for k, v in results[0].items()})
+        leave_process_group()
         if cfg.report.enabled and cfg.test_after_fit and trainer.is_global_zero:
             table = build_report(cfg, module, datamodule, metrics, run_dir, loggers)
             print(f"\n{table}\n\nrun directory: {run_dir}\n", flush=True)
+            if cfg.explain.enabled:
+                explain_after_training(cfg, module, datamodule, run_dir, loggers)
     except BaseException as exc:
         if trainer.is_global_zero:
             finish_run_record(record, "failed", error=f"{type(exc).__name__}: {exc}")
@@ -184,16 +202,21 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    try:
+    with config_errors_as_one_line():
         metrics = train(cfg)
-    except Exception as exc:  # noqa: BLE001 - only our own config errors are turned into one line
-        config_error = find_config_error(exc)
-        if config_error is None:
-            raise
-        print(f"distillscope: error: {config_error}", file=sys.stderr, flush=True)
-        sys.exit(2)
     return metrics.get(cfg.optimized_metric)
 
 
+# `make agent GPUS=0,1` passes per-machine overrides (trainer=ddp trainer.devices=2) to every trial this way:
+# a W&B sweep fixes the trial's command line for all agents, while the GPUs belong to the machine.
+AGENT_OVERRIDES_ENV = "DISTILLSCOPE_AGENT_OVERRIDES"
+
+
+def agent_overrides() -> list[str]:
+    # Popped: DDP re-launches this command for the other ranks with the (already extended) argv and our env.
+    return shlex.split(os.environ.pop(AGENT_OVERRIDES_ENV, ""))
+
+
 if __name__ == "__main__":
+    sys.argv += agent_overrides()
     main()

@@ -10,6 +10,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
+from distillscope.data.replay import ReplayAugmentation
+
 
 class IndexedDataset(Dataset):
     """Wraps a dataset of (x, y) so batches are (x, y, index): memory banks and teacher caches key on it."""
@@ -86,12 +88,30 @@ class ImageDataModule(L.LightningDataModule):
         self.mean, self.std = mean, std
         self.seed = seed
         self.train_set = self.val_set = self.test_set = None
+        self.batch_augmentation: ReplayAugmentation | None = None
+
+    def use_batch_augmentation(self, num_draws: int | None = None) -> ReplayAugmentation:
+        """Move random crop/flip out of the per-sample transforms into one seeded, replayable op applied
+        to whole batches once they are on the device (`num_draws` distinct draws per sample, for a
+        teacher cache; None: a fresh draw every epoch). Call before setup()."""
+        if self.train_set is not None:
+            raise RuntimeError("use_batch_augmentation() must be called before setup()")
+        self.batch_augmentation = ReplayAugmentation(self.crop_padding, self.hflip, self.seed, num_draws)
+        return self.batch_augmentation
 
     def normalize(self) -> list:
         return [v2.Normalize(list(self.mean), list(self.std))] if self.mean is not None else []
 
     def train_augmentation(self) -> list:
+        if self.batch_augmentation is not None:
+            return []  # applied per batch in on_after_batch_transfer
         return build_augmentation(self.image_size, self.crop_padding, self.hflip)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        if self.batch_augmentation is None or self.trainer is None or not self.trainer.training:
+            return batch
+        x, y, index = batch
+        return self.batch_augmentation(x, index, self.trainer.current_epoch), y, index
 
     def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
         return DataLoader(
