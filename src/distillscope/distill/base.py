@@ -66,6 +66,13 @@ class DistillLoss(nn.Module):
         raise NotImplementedError
 
 
+def positive_temperature(temperature: float) -> float:
+    """Validated softmax temperature (train.py names the config key before any term is built)."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    return float(temperature)
+
+
 def kl_soft_targets(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
     """Batch-mean KL(softmax(t/T) || softmax(s/T)), not yet multiplied by T^2."""
     log_p_student = torch.log_softmax(student_logits / temperature, dim=1)

@@ -8,7 +8,7 @@ sharper outputs then need not be reproduced in scale, only in ordering and shape
 
 from torch import Tensor
 
-from distillscope.distill.base import DistillLoss, DistillOutputs
+from distillscope.distill.base import DistillLoss, DistillOutputs, positive_temperature
 
 
 def mean_pearson_distance(a: Tensor, b: Tensor, eps: float = 1e-8) -> Tensor:
@@ -29,9 +29,7 @@ class DISTLoss(DistillLoss):
         warmup_epochs: int = 0,
     ):
         super().__init__(weight, warmup_epochs)
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        self.beta, self.gamma, self.temperature = float(beta), float(gamma), float(temperature)
+        self.beta, self.gamma, self.temperature = float(beta), float(gamma), positive_temperature(temperature)
 
     def forward(self, outputs: DistillOutputs) -> Tensor:
         t = self.temperature

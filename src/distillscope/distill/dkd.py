@@ -9,7 +9,7 @@ beta * NCKD, both scaled by T^2, so NCKD is no longer suppressed when the teache
 import torch
 from torch import Tensor
 
-from distillscope.distill.base import DistillLoss, DistillOutputs
+from distillscope.distill.base import DistillLoss, DistillOutputs, positive_temperature
 
 
 def binary_target_probs(probs: Tensor, target_mask: Tensor) -> Tensor:
@@ -34,9 +34,7 @@ class DKDLoss(DistillLoss):
         warmup_epochs: int = 20,
     ):
         super().__init__(weight, warmup_epochs)
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        self.alpha, self.beta, self.temperature = float(alpha), float(beta), float(temperature)
+        self.alpha, self.beta, self.temperature = float(alpha), float(beta), positive_temperature(temperature)
 
     def forward(self, outputs: DistillOutputs) -> Tensor:
         s, t, t2 = outputs.student_logits, outputs.teacher_logits, self.temperature**2

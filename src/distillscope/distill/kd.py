@@ -5,15 +5,13 @@ T^2 * KL(softmax(t/T) || softmax(s/T)): the T^2 keeps gradient magnitudes compar
 
 from torch import Tensor
 
-from distillscope.distill.base import DistillLoss, DistillOutputs, kl_soft_targets
+from distillscope.distill.base import DistillLoss, DistillOutputs, kl_soft_targets, positive_temperature
 
 
 class KDLoss(DistillLoss):
     def __init__(self, weight: float = 0.9, temperature: float = 4.0, warmup_epochs: int = 0):
         super().__init__(weight, warmup_epochs)
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        self.temperature = float(temperature)
+        self.temperature = positive_temperature(temperature)
 
     def forward(self, outputs: DistillOutputs) -> Tensor:
         t = self.temperature

@@ -9,7 +9,7 @@ only the order of the teacher's scores matters, never their scale.
 import torch
 from torch import Tensor
 
-from distillscope.distill.base import DistillLoss, DistillOutputs
+from distillscope.distill.base import DistillLoss, DistillOutputs, positive_temperature
 
 
 class RankingLoss(DistillLoss):
@@ -17,9 +17,7 @@ class RankingLoss(DistillLoss):
         super().__init__(weight, warmup_epochs)
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        self.top_k, self.temperature = int(top_k), float(temperature)
+        self.top_k, self.temperature = int(top_k), positive_temperature(temperature)
 
     def forward(self, outputs: DistillOutputs) -> Tensor:
         scores = outputs.student_logits / self.temperature
