@@ -10,8 +10,8 @@ from distillscope.data import CIFARDataModule, DigitsDataModule, ImageFolderData
 from distillscope.errors import ConfigError
 
 
-def test_digits_split_is_stratified_disjoint_and_seeded():
-    dm = DigitsDataModule(seed=3)
+def test_digits_split_is_stratified_disjoint_and_fixed_by_split_seed():
+    dm = DigitsDataModule(split_seed=3)
     dm.setup()
     sizes = len(dm.train_set), len(dm.val_set), len(dm.test_set)
     assert sum(sizes) == 1797
@@ -23,9 +23,21 @@ def test_digits_split_is_stratified_disjoint_and_seeded():
     assert not ids(dm.train_set) & ids(dm.test_set)
     test_labels = torch.bincount(dm.test_set.dataset.labels, minlength=10)
     assert test_labels.min() >= 35 and test_labels.max() <= 37  # ~36 of each digit
-    again = DigitsDataModule(seed=3)
+    # The run's seed must not move the split: a teacher trained under seed 42 would otherwise be
+    # tested on its own training images in a seed-1 run.
+    again = DigitsDataModule(split_seed=3, seed=99)
     again.setup()
-    assert torch.equal(again.test_set.dataset.labels, dm.test_set.dataset.labels)
+    assert ids(again.test_set) == ids(dm.test_set)
+    other = DigitsDataModule(split_seed=4)
+    other.setup()
+    assert ids(other.test_set) != ids(dm.test_set)
+
+
+def test_run_seed_leaves_the_configured_split_alone(tmp_path):
+    from conftest import compose_cfg
+
+    first, second = (compose_cfg([f"seed={s}"], tmp_path) for s in (1, 2))
+    assert first.data.split_seed == second.data.split_seed and first.data.seed != second.data.seed
 
 
 def test_digits_batches_carry_sample_index_and_32x32_images():

@@ -76,6 +76,7 @@ class ImageDataModule(L.LightningDataModule):
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         seed: int = 0,
+        split_seed: int = 42,
     ):
         super().__init__()
         self.batch_size = batch_size
@@ -86,7 +87,9 @@ class ImageDataModule(L.LightningDataModule):
         self.crop_padding = crop_padding
         self.hflip = hflip
         self.mean, self.std = mean, std
-        self.seed = seed
+        self.seed = seed  # training randomness (augmentation draws); follows the run's seed
+        # Fixed apart from `seed`: runs of different seeds, and the teacher, must share one test split.
+        self.split_seed = split_seed
         self.train_set = self.val_set = self.test_set = None
         self.batch_augmentation: ReplayAugmentation | None = None
 

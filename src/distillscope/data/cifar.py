@@ -80,7 +80,7 @@ class CIFARDataModule(ImageDataModule):
         train_full, test = self._dataset(True), self._dataset(False)
         if self.val_fraction > 0:
             # A held-out slice of the training set; the official test split stays untouched.
-            perm = torch.randperm(len(train_full), generator=torch.Generator().manual_seed(self.seed))
+            perm = torch.randperm(len(train_full), generator=torch.Generator().manual_seed(self.split_seed))
             n_val = int(len(train_full) * self.val_fraction)
             val_ids, train_ids = perm[:n_val].tolist(), perm[n_val:].tolist()
             self.train_set = IndexedDataset(torch.utils.data.Subset(train_full, train_ids), train_tf)

@@ -46,7 +46,7 @@ class DigitsDataModule(ImageDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
-        data, train, val, test = digits_splits(self.val_fraction, self.test_fraction, self.seed)
+        data, train, val, test = digits_splits(self.val_fraction, self.test_fraction, self.split_seed)
         images = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16.0
         images = torch.nn.functional.interpolate(
             images, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False
