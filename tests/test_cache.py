@@ -208,3 +208,20 @@ def test_cached_and_live_runs_reach_the_same_accuracy(tmp_path, teacher_ckpt):
     live, _ = tiny_run(tmp_path / "live", *common)
     cached, _ = tiny_run(tmp_path / "cached", *common, "teacher_cache.enabled=true", "teacher_cache.dtype=fp32")
     assert cached["test/acc"] == pytest.approx(live["test/acc"], abs=1e-6)
+
+
+def test_cache_key_covers_teacher_settings_beyond_weights():
+    # An ensemble's mode or temperature changes its outputs without changing any weight.
+    from omegaconf import OmegaConf
+
+    from distillscope.data import DigitsDataModule
+    from distillscope.models import create_model
+
+    dm = DigitsDataModule(crop_padding=2)
+    augmentation = dm.use_batch_augmentation(2)
+    dm.setup()
+    teacher = create_model("cifar_resnet8", num_classes=10, in_chans=1)
+    node = OmegaConf.create({"dtype": "fp16", "topk": None})
+    mean, confident = (cache_lib.cache_key(teacher, dm, {}, augmentation, node, [], {"mode": m}) for m in ("mean", "confidence"))
+    assert mean["teacher_sha256"] == confident["teacher_sha256"]
+    assert mean != confident

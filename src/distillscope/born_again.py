@@ -22,7 +22,7 @@ from omegaconf import DictConfig, open_dict
 
 from distillscope.errors import ConfigError, config_errors_as_one_line
 from distillscope.models.factory import read_checkpoint
-from distillscope.train import train
+from distillscope.train import agent_overrides, train
 
 log = logging.getLogger(__name__)
 
@@ -89,4 +89,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    sys.argv += agent_overrides()  # per-machine overrides from `make agent`, as train.py takes them
     main()

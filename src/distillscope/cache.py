@@ -103,10 +103,12 @@ class TeacherCache:
 
 
 def cache_key(teacher: nn.Module, datamodule: ImageDataModule, data_cfg: dict, augmentation: ReplayAugmentation,
-              cfg: DictConfig, feature_names: list[str]) -> dict:
+              cfg: DictConfig, feature_names: list[str], cfg_teacher: dict | None = None) -> dict:
     return {
         "version": FORMAT_VERSION,
         "teacher_sha256": teacher_hash(teacher),
+        # Settings that change the teacher's outputs without being weights (an ensemble's mode/temperature).
+        "teacher_config": cfg_teacher,
         "dataset": dataset_identity(datamodule, data_cfg),
         "augmentation": augmentation.settings(),
         "storage": {"dtype": str(cfg.dtype), "topk": cfg.topk, "features": feature_names},
@@ -193,17 +195,22 @@ def setup_teacher_cache(cfg: DictConfig, module, datamodule) -> TeacherCache | N
         return None
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
     feature_names = sorted(module.teacher_taps.paths) if (module.teacher_taps and node.features) else []
-    key = cache_key(module.teacher, datamodule, data_cfg, augmentation, node, feature_names)
+    key = cache_key(module.teacher, datamodule, data_cfg, augmentation, node, feature_names,
+                    module.hparams.get("teacher_config"))
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
     path = Path(node.dir) / digest
     if (path / "meta.json").is_file():
         log.info("teacher cache: reusing %s", path)
     else:
         log.info("teacher cache: building %s (%d draws x %d samples)", path, augmentation.num_draws, len(datamodule.train_set))
-        device = next(module.teacher.parameters()).device
+        # Built before Lightning moves the models: use the run's accelerator for the teacher pass, then put it back.
+        device = torch.device("cuda" if cfg.trainer.get("accelerator") in ("gpu", "cuda", "auto") and torch.cuda.is_available() else "cpu")
+        home = next(module.teacher.parameters(), torch.empty(0)).device
+        module.teacher.to(device)
         # Its DataLoader draws a seed from the global RNG: fork it so the run's shuffling matches a live-teacher run.
         with torch.random.fork_rng(devices=[]):
             build_cache(path, key, module.teacher_forward, datamodule, augmentation, node, device)
+        module.teacher.to(home)
     cache = TeacherCache(path, augmentation)
     module.teacher_cache = cache
     return cache

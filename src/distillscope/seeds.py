@@ -10,6 +10,7 @@ the sample standard deviation and the number of seeds.
 from __future__ import annotations
 
 import json
+import os
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -88,9 +89,11 @@ class SeedSummary(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         # Jobs run by a remote launcher (SLURM) report their ends elsewhere: fall back to the sweep dir.
-        run_dirs = self.run_dirs or [p for p in Path(config.hydra.sweep.dir).iterdir() if p.is_dir()]
+        run_dirs = self.run_dirs or [p.parent for p in Path(config.hydra.sweep.dir).rglob("report.json")]
         if not run_dirs:
             return
-        text = write_seed_summary(run_dirs, run_dirs[0].parent)
+        # The jobs' common folder is the multirun directory, however hydra.sweep.subdir nests them.
+        out_dir = Path(os.path.commonpath(run_dirs)) if len(run_dirs) > 1 else run_dirs[0].parent
+        text = write_seed_summary(run_dirs, out_dir)
         if text:
-            print(f"\n{text}\nseed summary: {run_dirs[0].parent / 'seeds_summary.md'}\n", flush=True)
+            print(f"\n{text}\nseed summary: {out_dir / 'seeds_summary.md'}\n", flush=True)

@@ -114,7 +114,7 @@ class TeacherAgreement(L.Callback):
             pl_module.log(f"{stage}/{name}", metric.compute())
             metric.reset()
         for name, values in self.weights.items():
-            pl_module.log(f"{stage}/{name}", torch.cat(values).mean())
+            pl_module.log(f"{stage}/{name}", torch.cat(values).mean(), sync_dist=True)
 
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
         self._start(pl_module)
