@@ -21,7 +21,7 @@ import hydra
 from omegaconf import DictConfig, open_dict
 
 from distillscope.errors import ConfigError, config_errors_as_one_line
-from distillscope.models.factory import read_checkpoint
+from distillscope.models.factory import stored_model_config
 from distillscope.train import agent_overrides, train
 
 log = logging.getLogger(__name__)
@@ -29,9 +29,7 @@ log = logging.getLogger(__name__)
 
 def teacher_architecture(checkpoint: str) -> dict:
     """The model config a distillscope checkpoint was trained with (without its init checkpoint)."""
-    model_cfg = dict(read_checkpoint(checkpoint).get("hyper_parameters", {}).get("student_config") or {})
-    if not model_cfg:
-        raise ConfigError("teacher.checkpoint", f"{checkpoint} holds no model config", "use a checkpoint written by distillscope.train")
+    model_cfg = stored_model_config(checkpoint)
     model_cfg["checkpoint"] = None  # each generation starts from scratch (BAN), only the teacher is trained
     return model_cfg
 

@@ -139,15 +139,20 @@ class DistillationModule(L.LightningModule):
         return outputs
 
     # -- loss -----------------------------------------------------------------------------------
-    def total_loss(self, outputs: DistillOutputs, stage: str) -> Tensor:
-        total = outputs.student_logits.new_zeros(())
+    def weighted_terms(self, value_of: Callable[[DistillLoss], Tensor], prefix: str, start: Tensor) -> Tensor:
+        """`start` + sum of weight * value_of(term) over the terms, each logged as `<prefix>loss_<name>`."""
+        total = start
         for name, term in self.losses.items():
             weight = term.current_weight(self.current_epoch)
             if weight == 0:
                 continue  # a zero weight switches the term off entirely (and skips its cost)
-            weighted = weight * term(outputs)
-            self.log(f"{stage}/loss_{name}", weighted, on_step=False, on_epoch=True, sync_dist=True)
+            weighted = weight * value_of(term)
+            self.log(f"{prefix}loss_{name}", weighted, on_step=False, on_epoch=True, sync_dist=True)
             total = total + weighted
+        return total
+
+    def total_loss(self, outputs: DistillOutputs, stage: str) -> Tensor:
+        total = self.weighted_terms(lambda term: term(outputs), f"{stage}/", outputs.student_logits.new_zeros(()))
         self.log(f"{stage}/loss", total, on_step=False, on_epoch=True, prog_bar=stage == "train", sync_dist=True)
         return total
 

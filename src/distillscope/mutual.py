@@ -101,21 +101,16 @@ class MutualModule(DistillationModule):
     def model_loss(self, name: str, logits: Tensor, others: list[Tensor], targets: Tensor) -> Tensor:
         """L_k for one cohort member; logged as train/loss_<term> (student) or train/<peer>/loss_<term>."""
         prefix = "train/" if name == STUDENT else f"train/{name}/"
-        total = logits.new_zeros(())
-        for term_name, term in self.losses.items():
-            weight = term.current_weight(self.current_epoch)
-            if weight == 0:
-                continue
-            if term.needs_teacher:
-                value = torch.stack([
-                    term(DistillOutputs(student_logits=logits, targets=targets, teacher_logits=other, epoch=self.current_epoch))
-                    for other in others
-                ]).mean()
-            else:
-                value = term(DistillOutputs(student_logits=logits, targets=targets, epoch=self.current_epoch))
-            self.log(f"{prefix}loss_{term_name}", weight * value, on_step=False, on_epoch=True, sync_dist=True)
-            total = total + weight * value
-        return total
+
+        def value_of(term: DistillLoss) -> Tensor:
+            if not term.needs_teacher:
+                return term(DistillOutputs(student_logits=logits, targets=targets, epoch=self.current_epoch))
+            return torch.stack([
+                term(DistillOutputs(student_logits=logits, targets=targets, teacher_logits=other, epoch=self.current_epoch))
+                for other in others
+            ]).mean()
+
+        return self.weighted_terms(value_of, prefix, logits.new_zeros(()))
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
         x, y, _ = batch

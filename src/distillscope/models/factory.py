@@ -57,17 +57,21 @@ def read_model_state(path: str | Path, prefix: str = "student.") -> dict[str, to
     return state
 
 
-def load_model_from_checkpoint(checkpoint: str, **overrides: Any) -> nn.Module:
-    """Rebuild the network a distillscope run trained, from the model config stored in its checkpoint."""
-    ckpt = read_checkpoint(checkpoint)
-    model_cfg = dict(ckpt.get("hyper_parameters", {}).get("student_config") or {})
+def stored_model_config(checkpoint: str) -> dict:
+    """The model config (`_target_` and arguments) a distillscope run saved in its checkpoint."""
+    model_cfg = dict(read_checkpoint(checkpoint).get("hyper_parameters", {}).get("student_config") or {})
     if not model_cfg:
         raise ConfigError(
             "teacher.checkpoint",
             f"{checkpoint} holds no model config (not written by distillscope)",
             "use teacher=timm with teacher.name=<arch> teacher.checkpoint=<file> instead",
         )
-    model_cfg.update(overrides)
+    return model_cfg
+
+
+def load_model_from_checkpoint(checkpoint: str, **overrides: Any) -> nn.Module:
+    """Rebuild the network a distillscope run trained, from the model config stored in its checkpoint."""
+    model_cfg = {**stored_model_config(checkpoint), **overrides}
     from hydra.utils import instantiate
 
     model_cfg.pop("checkpoint", None)
